@@ -1,0 +1,108 @@
+# umhblob: build the kernel, the helper and the module, and test them in QEMU.
+#
+#   make demo    boot a VM, load the module, show requests, unload it
+#   make test    set up, check, unit tests, then the VM tests
+#
+# Every variable below can be set on the command line or in the environment.
+
+# Kernel version to build and boot: 6.1.
+KERNEL ?= 6.1
+# Kernel build directory for the module. Empty means build $(KERNEL) into
+# the cache; set it to use your own build (it needs CONFIG_USERMODE_DRIVER=y).
+KDIR ?=
+# Build outputs inside the clone: the helper ELF and the recorded KDIR.
+OUT ?= $(CURDIR)/build
+# Go command; GOFLAGS and friends pass through the environment.
+GO ?= go
+# Set V=1 for the full kernel build commands.
+V ?= 0
+
+HELPER := $(OUT)/umhblob_helper
+MODULE := kmod/umhblob.ko
+KDIR_FILE := $(OUT)/kdir-$(KERNEL)
+
+# Debian packages that `make demo` and `make test` install when missing.
+DEB_PACKAGES := bc bison build-essential clang cpio dwarves flex kmod \
+	libelf-dev libssl-dev patch perl qemu-system-x86 xz-utils
+
+.PHONY: all deps kernel helper module check unit vmtest test demo clean
+
+all: module
+
+# Install missing Debian packages (needs root, or sudo).
+deps:
+	@missing=; for p in $(DEB_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
+			grep -q '^install ok installed$$' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "deps: installing$$missing"; \
+		sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+		$$sudo apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq \
+			--no-install-recommends $$missing; \
+	fi
+	@$(GO) mod download
+
+# Build the kernel (or find it in the cache) and record its directory.
+kernel: | $(OUT)
+ifeq ($(KDIR),)
+	$(GO) run ./harness/cmd/kernel -version $(KERNEL) > $(KDIR_FILE).tmp
+	@mv $(KDIR_FILE).tmp $(KDIR_FILE)
+else
+	@echo "$(abspath $(KDIR))" > $(KDIR_FILE)
+endif
+
+# The helper is rebuilt on every run, but replaced only when its bytes
+# change, so an unchanged helper never relinks the module.
+helper: | $(OUT)
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' \
+		-o $(HELPER).tmp ./helper
+	@if cmp -s $(HELPER).tmp $(HELPER); then rm $(HELPER).tmp; \
+		else mv $(HELPER).tmp $(HELPER); fi
+
+module: kernel helper
+	$(MAKE) -C kmod KDIR="$$(cat $(KDIR_FILE))" UMHBLOB_HELPER=$(HELPER) V=$(V)
+
+# checkpatch from the kernel source, gofmt and go vet. The compat header
+# is the one file allowed to test LINUX_VERSION_CODE, and checkpatch's
+# constant-on-the-right rule misfires on those version comparisons.
+CHECKPATCH = "$$(cat $(KDIR_FILE))/source/scripts/checkpatch.pl" --no-tree --quiet
+KMOD_SOURCES := $(filter-out kmod/umhblob_compat.h,\
+	$(wildcard kmod/umhblob_*.c kmod/umhblob*.h kmod/umhblob_*.S kmod/test/*.c))
+
+check: kernel
+	$(CHECKPATCH) -f $(KMOD_SOURCES)
+	$(CHECKPATCH) --ignore LINUX_VERSION_CODE,CONSTANT_COMPARISON \
+		-f kmod/umhblob_compat.h
+	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "check: gofmt needed"; exit 1; }
+	$(GO) vet ./...
+
+# Go tests with the race detector, and the C frame code under the sanitizers.
+unit: helper
+	$(GO) test -race -count=1 ./...
+	$(MAKE) -C kmod/test check
+
+vmtest: module
+	UMHBLOB_KERNEL="$$(cat $(KDIR_FILE))/arch/x86/boot/bzImage" \
+	UMHBLOB_MODULE=$(CURDIR)/$(MODULE) \
+		$(GO) test -count=1 -v -run 'TestVM' ./harness/vm
+
+test: deps
+	$(MAKE) check
+	$(MAKE) unit
+	$(MAKE) vmtest
+
+demo: deps
+	$(MAKE) module
+	$(GO) run ./harness/cmd/demo \
+		-kernel "$$(cat $(KDIR_FILE))/arch/x86/boot/bzImage" \
+		-module $(CURDIR)/$(MODULE)
+
+clean:
+	-$(MAKE) -C kmod/test clean
+	-[ ! -f $(KDIR_FILE) ] || $(MAKE) -C kmod KDIR="$$(cat $(KDIR_FILE))" clean
+	rm -rf $(OUT)
+
+$(OUT):
+	mkdir -p $@
