@@ -16,16 +16,21 @@ OUT ?= $(CURDIR)/build
 GO ?= go
 # Set V=1 for the full kernel build commands.
 V ?= 0
+# Seconds that `make fuzz` runs each fuzz target for.
+FUZZ_TIME ?= 30
 
 HELPER := $(OUT)/umhblob_helper
 MODULE := kmod/umhblob.ko
 KDIR_FILE := $(OUT)/kdir-$(KERNEL)
 
 # Debian packages that `make demo` and `make test` install when missing.
+# libclang-rt-14-dev holds libFuzzer and the sanitizer runtimes; it is
+# only a Recommends of clang. llvm gives llvm-symbolizer for traces.
 DEB_PACKAGES := bc bison build-essential clang cpio dwarves flex kmod \
-	libelf-dev libssl-dev patch perl qemu-system-x86 xz-utils
+	libclang-rt-14-dev libelf-dev libssl-dev llvm patch perl \
+	qemu-system-x86 xz-utils
 
-.PHONY: all deps kernel helper module check unit vmtest test demo clean
+.PHONY: all deps kernel helper module check unit vmtest test demo fuzz clean
 
 all: module
 
@@ -76,12 +81,22 @@ check: kernel
 	$(CHECKPATCH) --ignore LINUX_VERSION_CODE,CONSTANT_COMPARISON \
 		-f kmod/umhblob_compat.h
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "check: gofmt needed"; exit 1; }
-	$(GO) vet ./...
+	$(GO) vet ./... ./usermode/testdata/badhelper
 
-# Go tests with the race detector, and the C frame code under the sanitizers.
+# Go tests with the race detector against the helper that gets embedded,
+# then the C frame code under the sanitizers: the shared vectors, and the
+# fuzz corpus replayed once.
 unit: helper
-	$(GO) test -race -count=1 ./...
-	$(MAKE) -C kmod/test check
+	UMHBLOB_HELPER=$(HELPER) $(GO) test -race -count=1 ./...
+	$(MAKE) -C kmod/test test
+
+# Run each fuzz target for FUZZ_TIME seconds. A finding fails the target
+# and leaves its input in testdata/fuzz/ (Go) or kmod/test/fuzz-out/ (C).
+fuzz: deps
+	$(GO) test -run='^$$' -fuzz='^FuzzDecodeHeader$$' -fuzztime=$(FUZZ_TIME)s ./proto
+	$(GO) test -run='^$$' -fuzz='^FuzzReadFrame$$' -fuzztime=$(FUZZ_TIME)s ./proto
+	$(GO) test -run='^$$' -fuzz='^FuzzServe$$' -fuzztime=$(FUZZ_TIME)s ./helper
+	$(MAKE) -C kmod/test fuzz-run FUZZ_TIME=$(FUZZ_TIME)
 
 vmtest: module
 	UMHBLOB_KERNEL="$$(cat $(KDIR_FILE))/arch/x86/boot/bzImage" \
