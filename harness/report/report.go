@@ -14,6 +14,7 @@ package report
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 )
@@ -21,7 +22,7 @@ import (
 // Prefix starts every report line.
 const Prefix = "UMHBLOB "
 
-// Names of the guest steps, in the order the guest runs them.
+// Names of the basic guest steps, in the order the guest runs them.
 const (
 	StepInsmod = "insmod" // load the module, time the helper handshake
 	StepHelper = "helper" // the helper process and its parent
@@ -33,8 +34,50 @@ const (
 	StepLeaks  = "leaks"  // mounts and open files after the cycles
 )
 
-// Steps lists every step name in run order.
-var Steps = []string{StepInsmod, StepHelper, StepEcho, StepErrors, StepStatus, StepRmmod, StepReload, StepLeaks}
+// Names of the fault steps, which follow the basic steps outside demo
+// mode. Each fault-* step kills or breaks the helper from outside while
+// several callers send requests, and then unloads the module right after
+// the same fault.
+const (
+	StepSequence         = "sequence"          // 1000 requests in a row, one helper
+	StepRmmodBusy        = "rmmod-busy"        // rmmod fails at once while the device is open
+	StepInterruptEINTR   = "interrupt-eintr"   // a signal ends a blocked request with EINTR
+	StepInterruptRestart = "interrupt-restart" // an SA_RESTART signal restarts a blocked request
+	StepSIGPIPE          = "sigpipe"           // a write to a dead helper sends no SIGPIPE
+	StepFaultSIGKILL     = "fault-sigkill"     // kill -KILL the helper
+	StepFaultSIGSEGV     = "fault-sigsegv"     // kill -SEGV the helper
+	StepFaultSIGTERM     = "fault-sigterm"     // kill -TERM the helper
+	StepFaultSIGSTOP     = "fault-sigstop"     // kill -STOP: the request timeout replaces it
+	StepFaultOOM         = "fault-oom"         // the OOM killer picks the helper
+	StepFaultStdin       = "fault-stdin"       // garbage written into the helper's stdin
+	StepFaultStdout      = "fault-stdout"      // garbage written into the helper's stdout
+	StepFaults           = "faults"            // totals and worst times of the fault-* steps
+	StepCycles           = "cycles"            // 200 load and unload cycles, then leak figures
+	StepKmemleak         = "kmemleak"          // kmemleak scan, on kernels that have it
+)
+
+// DemoSteps lists the steps of a demo run, in run order.
+var DemoSteps = []string{StepInsmod, StepHelper, StepEcho, StepErrors, StepStatus, StepRmmod, StepReload, StepLeaks}
+
+// FaultSteps lists the steps that only a test run adds, in run order.
+var FaultSteps = []string{
+	StepSequence, StepRmmodBusy, StepInterruptEINTR, StepInterruptRestart, StepSIGPIPE,
+	StepFaultSIGKILL, StepFaultSIGSEGV, StepFaultSIGTERM, StepFaultSIGSTOP, StepFaultOOM, StepFaultStdin, StepFaultStdout,
+	StepFaults, StepCycles, StepKmemleak,
+}
+
+// Steps lists every step of a test run in run order: DemoSteps, then
+// FaultSteps.
+var Steps = append(slices.Clip(DemoSteps), FaultSteps...)
+
+// StepsFor returns the steps that a run must report: DemoSteps in demo
+// mode, Steps otherwise.
+func StepsFor(demo bool) []string {
+	if demo {
+		return DemoSteps
+	}
+	return Steps
+}
 
 // Kind is the kind of a parsed serial line.
 type Kind int

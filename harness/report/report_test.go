@@ -2,6 +2,8 @@ package report
 
 import (
 	"errors"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -95,5 +97,37 @@ func TestResultAndInfo(t *testing.T) {
 	}
 	if got, want := Info("pid %d\nppid %d", 57, 2), "UMHBLOB INFO pid 57 ppid 2"; got != want {
 		t.Errorf("Info() = %q, want %q", got, want)
+	}
+}
+
+func TestStepLists(t *testing.T) {
+	if got, want := len(Steps), len(DemoSteps)+len(FaultSteps); got != want {
+		t.Errorf("len(Steps) = %d, want %d", got, want)
+	}
+	seen := make(map[string]bool)
+	for i, name := range Steps {
+		if name == "" || strings.ContainsAny(name, " \t") {
+			t.Errorf("step name %q is empty or has a space, which the report line cannot carry", name)
+		}
+		if seen[name] {
+			t.Errorf("step %s is listed twice", name)
+		}
+		seen[name] = true
+		want := FaultSteps[max(0, i-len(DemoSteps))]
+		if i < len(DemoSteps) {
+			want = DemoSteps[i]
+		}
+		if name != want {
+			t.Errorf("Steps[%d] = %s, want %s: Steps is DemoSteps then FaultSteps", i, name, want)
+		}
+	}
+}
+
+func TestStepsFor(t *testing.T) {
+	if got := StepsFor(true); !slices.Equal(got, DemoSteps) {
+		t.Errorf("StepsFor(true) = %v, want DemoSteps", got)
+	}
+	if got := StepsFor(false); !slices.Equal(got, Steps) {
+		t.Errorf("StepsFor(false) = %v, want Steps", got)
 	}
 }

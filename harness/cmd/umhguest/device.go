@@ -31,8 +31,15 @@ func openDevice() (*device, error) {
 	return &device{fd: fd}, nil
 }
 
+// Close closes the file. Later calls do nothing, so a deferred Close is
+// safe after an explicit one and never closes a reused descriptor.
 func (d *device) Close() error {
-	return unix.Close(d.fd)
+	if d.fd < 0 {
+		return nil
+	}
+	err := unix.Close(d.fd)
+	d.fd = -1
+	return err
 }
 
 // write writes frame with a single write(2). It returns the errno itself,

@@ -174,15 +174,17 @@ func TestFormatSize(t *testing.T) {
 }
 
 func TestStepsCoverReport(t *testing.T) {
-	var names []string
-	for _, s := range steps() {
-		names = append(names, s.name)
-		if s.timeout <= heartbeat {
-			t.Errorf("step %s has timeout %v, want more than the %v heartbeat", s.name, s.timeout, heartbeat)
+	for _, demo := range []bool{false, true} {
+		var names []string
+		for _, s := range steps(demo) {
+			names = append(names, s.name)
+			if s.timeout <= heartbeat {
+				t.Errorf("step %s has timeout %v, want more than the %v heartbeat", s.name, s.timeout, heartbeat)
+			}
 		}
-	}
-	if strings.Join(names, " ") != strings.Join(report.Steps, " ") {
-		t.Errorf("steps() = %v, want report.Steps %v", names, report.Steps)
+		if want := report.StepsFor(demo); strings.Join(names, " ") != strings.Join(want, " ") {
+			t.Errorf("steps(demo %v) = %v, want report.StepsFor(%v) %v", demo, names, demo, want)
+		}
 	}
 }
 

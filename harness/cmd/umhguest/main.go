@@ -12,6 +12,10 @@
 //	-console  terminal for the report lines (default /dev/console, and
 //	          "" means stdout)
 //	-reboot   restart the machine at the end (default true)
+//	-oom-hog  run as the memory hog of the OOM fault step, which starts
+//	          umhguest again with this flag. The hog allocates memory
+//	          until the process with this pid is gone, then waits to be
+//	          killed.
 //
 // The report goes to /dev/console rather than stdout because u-root's init
 // connects stdout to a pipe that it copies to the consoles: lines still in
@@ -53,8 +57,12 @@ func run(args []string, stdout io.Writer) error {
 	demo := fs.Bool("demo", false, "print a readable transcript of every step")
 	console := fs.String("console", "/dev/console", "terminal `path` for the report lines; empty means stdout")
 	reboot := fs.Bool("reboot", true, "restart the machine when done")
+	hogPID := fs.Int("oom-hog", 0, "run as the memory hog of the OOM fault step until process `pid` is gone")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *hogPID != 0 {
+		return runHog(*hogPID, stdout)
 	}
 	if cmdline, err := os.ReadFile("/proc/cmdline"); err == nil && slices.Contains(strings.Fields(string(cmdline)), "umhguest.mode=demo") {
 		*demo = true

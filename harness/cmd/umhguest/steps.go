@@ -26,8 +26,10 @@ const (
 // allows.
 var echoSizes = []int{0, 1, 4096, 1 << 20, proto.MaxPayload}
 
-func steps() []step {
-	return []step{
+// steps returns the steps of a run: the basic steps, and outside demo
+// mode the fault steps after them.
+func steps(demo bool) []step {
+	basic := []step{
 		{name: report.StepInsmod, timeout: 60 * time.Second, critical: true, run: (*guest).insmod},
 		{name: report.StepHelper, timeout: 30 * time.Second, run: (*guest).helper},
 		{name: report.StepEcho, timeout: 120 * time.Second, run: (*guest).echo},
@@ -37,6 +39,30 @@ func steps() []step {
 		{name: report.StepReload, timeout: 180 * time.Second, critical: true, run: (*guest).reload},
 		{name: report.StepLeaks, timeout: 30 * time.Second, run: (*guest).leaks},
 	}
+	if demo {
+		return basic
+	}
+	return append(basic, faultSteps()...)
+}
+
+// faultSteps returns the steps that follow the basic steps in a test run.
+// Each starts by loading the module and ends by unloading it.
+func faultSteps() []step {
+	s := []step{
+		{name: report.StepSequence, timeout: 120 * time.Second, run: (*guest).sequence},
+		{name: report.StepRmmodBusy, timeout: 60 * time.Second, run: (*guest).rmmodBusy},
+		{name: report.StepInterruptEINTR, timeout: 60 * time.Second, run: (*guest).interruptEINTR},
+		{name: report.StepInterruptRestart, timeout: 60 * time.Second, run: (*guest).interruptRestart},
+		{name: report.StepSIGPIPE, timeout: 60 * time.Second, run: (*guest).sigpipe},
+	}
+	for _, f := range faults() {
+		s = append(s, step{name: f.step, timeout: 120 * time.Second, run: func(g *guest) (string, error) { return g.runFault(f) }})
+	}
+	return append(s,
+		step{name: report.StepFaults, timeout: 30 * time.Second, run: (*guest).faultTotals},
+		step{name: report.StepCycles, timeout: 300 * time.Second, run: (*guest).cycles},
+		step{name: report.StepKmemleak, timeout: 120 * time.Second, run: (*guest).kmemleak},
+	)
 }
 
 // insmod loads the module. The module starts its helper and completes the
@@ -60,13 +86,14 @@ func (g *guest) insmod() (string, error) {
 	if err != nil {
 		return "", err
 	}
+	g.setSlowdown(elapsed)
 	state, err := os.ReadFile("/sys/module/" + moduleName + "/initstate")
 	if err != nil {
 		return "", fmt.Errorf("module loaded but: %w", err)
 	}
 	g.narrate("loaded in %v (helper started and handshake done), initstate %s", elapsed.Round(time.Microsecond), strings.TrimSpace(string(state)))
-	return fmt.Sprintf("loaded %s (%d bytes) in %v, initstate %s",
-		g.modulePath, info.Size(), elapsed.Round(time.Microsecond), strings.TrimSpace(string(state))), nil
+	return fmt.Sprintf("loaded %s (%d bytes) in %v, initstate %s; time limits of later steps scaled by %.1f",
+		g.modulePath, info.Size(), elapsed.Round(time.Microsecond), strings.TrimSpace(string(state)), max(1, g.slowdown)), nil
 }
 
 // load runs finit_module on the module file and returns how long it took.
@@ -228,6 +255,9 @@ func checkUnloaded(pid int) (string, error) {
 	}
 	if len(left) > 0 {
 		return disappearance, fmt.Errorf("%s processes left after rmmod: %v", helperName, left)
+	}
+	if err := waitNoThreads(goneTimeout); err != nil {
+		return disappearance, err
 	}
 	for _, path := range []string{devicePath, sysfsDir, "/sys/module/" + moduleName} {
 		if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
