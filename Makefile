@@ -5,8 +5,13 @@
 #
 # Every variable below can be set on the command line or in the environment.
 
-# Kernel version to build and boot: 6.1.
+# Kernel version to build and boot: one of $(KERNELS).
 KERNEL ?= 6.1
+KERNELS := 5.10 6.1 6.12
+# Kernel variant: empty for the test kernel, debug (KASAN, lockdep,
+# kmemleak; see kernel-config/debug.config) or gdb (debug info and the
+# kernel's gdb scripts).
+VARIANT ?=
 # Kernel build directory for the module. Empty means build $(KERNEL) into
 # the cache; set it to use your own build (it needs CONFIG_USERMODE_DRIVER=y).
 KDIR ?=
@@ -21,7 +26,8 @@ FUZZ_TIME ?= 30
 
 HELPER := $(OUT)/umhblob_helper
 MODULE := kmod/umhblob.ko
-KDIR_FILE := $(OUT)/kdir-$(KERNEL)
+KDIR_FILE := $(OUT)/kdir-$(KERNEL)$(if $(VARIANT),-$(VARIANT))
+BZIMAGE = "$$(cat $(KDIR_FILE))/arch/x86/boot/bzImage"
 
 # Debian packages that `make demo` and `make test` install when missing.
 # libclang-rt-14-dev holds libFuzzer and the sanitizer runtimes; it is
@@ -30,7 +36,8 @@ DEB_PACKAGES := bc bison build-essential clang cpio dwarves flex kmod \
 	libclang-rt-14-dev libelf-dev libssl-dev llvm patch perl \
 	qemu-system-x86 xz-utils
 
-.PHONY: all deps kernel helper module check unit vmtest test demo fuzz clean
+.PHONY: all deps kernel helper module check unit vmtest test test-all \
+	test-debug demo vm gdb fuzz clean
 
 all: module
 
@@ -52,9 +59,11 @@ deps:
 # Build the kernel (or find it in the cache) and record its directory.
 kernel: | $(OUT)
 ifeq ($(KDIR),)
-	$(GO) run ./harness/cmd/kernel -version $(KERNEL) > $(KDIR_FILE).tmp
+	$(GO) run ./harness/cmd/kernel -version $(KERNEL) -variant "$(VARIANT)" \
+		> $(KDIR_FILE).tmp
 	@mv $(KDIR_FILE).tmp $(KDIR_FILE)
 else
+	$(GO) run ./harness/cmd/kernel -check "$(abspath $(KDIR))"
 	@echo "$(abspath $(KDIR))" > $(KDIR_FILE)
 endif
 
@@ -99,20 +108,39 @@ fuzz: deps
 	$(MAKE) -C kmod/test fuzz-run FUZZ_TIME=$(FUZZ_TIME)
 
 vmtest: module
-	UMHBLOB_KERNEL="$$(cat $(KDIR_FILE))/arch/x86/boot/bzImage" \
-	UMHBLOB_MODULE=$(CURDIR)/$(MODULE) \
-		$(GO) test -count=1 -v -run 'TestVM' ./harness/vm
+	UMHBLOB_KERNEL=$(BZIMAGE) UMHBLOB_MODULE=$(CURDIR)/$(MODULE) \
+		$(GO) test -count=1 -timeout 60m -v -run 'TestVM' ./harness/vm
 
 test: deps
 	$(MAKE) check
 	$(MAKE) unit
 	$(MAKE) vmtest
 
+# The VM suite on every supported kernel, after one round of checks.
+test-all: deps
+	$(MAKE) check
+	$(MAKE) unit
+	set -e; for k in $(KERNELS); do $(MAKE) vmtest KERNEL=$$k; done
+
+# The VM suite on the debug kernel; any KASAN, lockdep, kmemleak or
+# might_sleep report fails it.
+test-debug: deps
+	$(MAKE) vmtest VARIANT=debug
+
+# An interactive shell in the guest, with the module at /umhblob.ko.
+vm: deps
+	$(MAKE) module
+	$(GO) run ./harness/cmd/vm -kernel $(BZIMAGE) -module $(CURDIR)/$(MODULE)
+
+# The guest halted under QEMU's gdb stub, with gdb on vmlinux.
+gdb: deps
+	$(MAKE) module VARIANT=gdb
+	$(GO) run ./harness/cmd/vm -gdb -kdir "$$(cat $(OUT)/kdir-$(KERNEL)-gdb)" \
+		-module $(CURDIR)/$(MODULE)
+
 demo: deps
 	$(MAKE) module
-	$(GO) run ./harness/cmd/demo \
-		-kernel "$$(cat $(KDIR_FILE))/arch/x86/boot/bzImage" \
-		-module $(CURDIR)/$(MODULE)
+	$(GO) run ./harness/cmd/demo -kernel $(BZIMAGE) -module $(CURDIR)/$(MODULE)
 
 clean:
 	-$(MAKE) -C kmod/test clean

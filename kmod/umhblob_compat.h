@@ -23,7 +23,7 @@
 #endif
 
 #if !IS_ENABLED(CONFIG_USERMODE_DRIVER)
-#error "CONFIG_USERMODE_DRIVER is not set in this kernel, so umd_load_blob() and fork_usermode_driver() are missing: build the kernel with a fragment from kernel-config/ (on 5.10 and 6.1, CONFIG_BPFILTER=y selects it)"
+#error "CONFIG_USERMODE_DRIVER is not set in this kernel, so umd_load_blob() and fork_usermode_driver() are missing: build the kernel with the fragments in kernel-config/ (on 5.10 and 6.1 CONFIG_BPFILTER=y selects it; on 6.12 kernel-config/6.12/*.patch gives it a prompt)"
 #endif
 
 struct umhb_umh_info {

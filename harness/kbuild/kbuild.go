@@ -8,16 +8,23 @@
 //
 //	make O=<build> ARCH=x86_64 KCONFIG_ALLCONFIG=<fragments> allnoconfig
 //
-// where <fragments> is kernel-config/base.config followed by
-// kernel-config/<version>.config. It then checks that every requested
-// symbol kept its value and runs make all, which writes bzImage and
-// Module.symvers. Out-of-tree modules build with make -C <build> M=<dir>.
+// where <fragments> is kernel-config/base.config, then
+// kernel-config/<version>.config, then for a variant such as "debug"
+// kernel-config/<variant>.config and, if it exists,
+// kernel-config/<version>/<variant>.config. A symbol assigned twice takes
+// the later value, so a version fragment can override base.config, for
+// example with CONFIG_X=n for a symbol the version does not have. Build
+// then checks that every requested symbol kept its value and runs make
+// all, which writes bzImage and Module.symvers. Out-of-tree modules build
+// with make -C <build> M=<dir>.
 //
 // Everything lives in the cache directory, none of it in the repository:
 //
 //	deb/                          downloaded source packages
 //	src/<package file>-<key>/     unpacked and patched source trees
-//	linux-<version>-<key>/        build directories (make O=), each with
+//	apt/<version>/                private sources.list and package lists
+//	linux-<version>[-<variant>]-<key>/
+//	                              build directories (make O=), each with
 //	                              umhblob-build.log and, after a successful
 //	                              build, umhblob-build.stamp
 //
@@ -27,10 +34,15 @@
 // per cache directory. Old build directories are not removed
 // automatically. To fetch a newer source package, delete deb/.
 //
+// A cached build is found without taking the cache lock, so a finished
+// kernel is usable while another version builds.
+//
 // Environment variables:
 //
-//	UMHBLOB_CACHE    cache directory
-//	                 (default ${XDG_CACHE_HOME:-$HOME/.cache}/umhblob)
+//	UMHBLOB_CACHE          cache directory
+//	                       (default ${XDG_CACHE_HOME:-$HOME/.cache}/umhblob)
+//	UMHBLOB_DEBIAN_MIRROR  Debian mirror for the source packages
+//	                       (default http://deb.debian.org)
 package kbuild
 
 import (
@@ -44,6 +56,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -69,6 +82,7 @@ const (
 // Options configures Build.
 type Options struct {
 	Version   string    // kernel version, a key of Sources; "" means "6.1"
+	Variant   string    // "" for the test kernel, or a fragment name such as "debug" or "gdb"
 	ConfigDir string    // directory with base.config, <Version>.config and <Version>/*.patch
 	CacheDir  string    // "" means the default cache directory (see the package doc)
 	Jobs      int       // make -j value; 0 means runtime.NumCPU()
@@ -78,6 +92,7 @@ type Options struct {
 // Kernel is a finished kernel build.
 type Kernel struct {
 	Version  string
+	Variant  string
 	BuildDir string // make O= directory, the KDIR for out-of-tree modules
 	Image    string // arch/x86/boot/bzImage inside BuildDir
 	Log      string // make output of the build
@@ -120,6 +135,9 @@ func newBuilder(opts Options) (*builder, error) {
 	if !ok {
 		return nil, fmt.Errorf("%w %q: supported versions are %s", errUnknownVersion, opts.Version, strings.Join(Versions(), ", "))
 	}
+	if !validVariant.MatchString(opts.Variant) {
+		return nil, fmt.Errorf("invalid kernel variant %q: want a fragment name of lower-case letters and digits, such as debug", opts.Variant)
+	}
 	if opts.Jobs <= 0 {
 		opts.Jobs = runtime.NumCPU()
 	}
@@ -153,15 +171,22 @@ func newBuilder(opts Options) (*builder, error) {
 	return b, checkTools(exec.LookPath)
 }
 
-// readFragments concatenates base.config and <version>.config.
+// readFragments concatenates the fragments in the order the package doc
+// gives.
 func (b *builder) readFragments() error {
 	var all []byte
-	for _, name := range []string{"base.config", b.opts.Version + ".config"} {
-		path := filepath.Join(b.opts.ConfigDir, name)
-		data, err := os.ReadFile(path)
+	for _, f := range fragmentFiles(b.opts.ConfigDir, b.opts.Version, b.opts.Variant) {
+		data, err := os.ReadFile(f.path)
+		if errors.Is(err, os.ErrNotExist) && f.optional {
+			continue
+		}
+		if errors.Is(err, os.ErrNotExist) && b.opts.Variant != "" && filepath.Base(f.path) == b.opts.Variant+".config" {
+			return fmt.Errorf("%w %q: %s not found", errUnknownVariant, b.opts.Variant, f.path)
+		}
 		if err != nil {
 			return fmt.Errorf("read config fragment: %w", err)
 		}
+		path := f.path
 		if _, err := ParseConfig(strings.NewReader(string(data))); err != nil {
 			return fmt.Errorf("parse %s: %w", path, err)
 		}
@@ -178,10 +203,41 @@ func (b *builder) readFragments() error {
 	return nil
 }
 
+type fragmentFile struct {
+	path     string
+	optional bool
+}
+
+// fragmentFiles lists the fragments for a version and variant, in merge
+// order.
+func fragmentFiles(configDir, version, variant string) []fragmentFile {
+	files := []fragmentFile{
+		{path: filepath.Join(configDir, "base.config")},
+		{path: filepath.Join(configDir, version+".config")},
+	}
+	if variant != "" {
+		files = append(files,
+			fragmentFile{path: filepath.Join(configDir, variant+".config")},
+			fragmentFile{path: filepath.Join(configDir, version, variant+".config"), optional: true})
+	}
+	return files
+}
+
+// validVariant matches the names Options.Variant accepts: a file name
+// without a path, so that it cannot name a fragment outside ConfigDir.
+var validVariant = regexp.MustCompile(`^([a-z][a-z0-9]*)?$`)
+
 func (b *builder) build(ctx context.Context) (*Kernel, error) {
 	if err := os.MkdirAll(b.cacheDir, 0o755); err != nil {
 		return nil, fmt.Errorf("create cache directory: %w", err)
 	}
+	debDir := filepath.Join(b.cacheDir, "deb")
+	b.start("lookup")
+	if k, err := b.findCached(ctx, debDir); k != nil || err != nil {
+		return k, err
+	}
+
+	b.start("lock")
 	unlock, err := b.lock()
 	if err != nil {
 		return nil, err
@@ -189,30 +245,23 @@ func (b *builder) build(ctx context.Context) (*Kernel, error) {
 	defer unlock()
 
 	b.start("fetch")
-	deb, err := b.fetchDeb(ctx, filepath.Join(b.cacheDir, "deb"))
+	deb, err := b.fetchDeb(ctx, debDir)
 	if err != nil {
 		return nil, err
 	}
+	k, buildKey, err := b.kernelFor(ctx, deb)
+	if err != nil {
+		return nil, err
+	}
+	if b.upToDate(k, buildKey) {
+		return k, nil
+	}
+
+	b.start("unpack")
 	srcKey, err := sourceKey(deb, b.patches)
 	if err != nil {
 		return nil, err
 	}
-	buildKey := b.buildKey(ctx, srcKey)
-	k := &Kernel{
-		Version:  b.opts.Version,
-		BuildDir: filepath.Join(b.cacheDir, fmt.Sprintf("linux-%s-%s", b.opts.Version, buildKey[:16])),
-	}
-	k.Image = filepath.Join(k.BuildDir, "arch/x86/boot/bzImage")
-	k.Log = filepath.Join(k.BuildDir, logName)
-	if stamp, err := os.ReadFile(filepath.Join(k.BuildDir, stampName)); err == nil && strings.TrimSpace(string(stamp)) == buildKey {
-		if _, err := os.Stat(k.Image); err == nil {
-			b.phase("build", "kernel %s is up to date in %s", k.Version, k.BuildDir)
-			k.Cached = true
-			return k, nil
-		}
-	}
-
-	b.start("unpack")
 	srcDir := filepath.Join(b.cacheDir, "src", strings.TrimSuffix(filepath.Base(deb), ".deb")+"-"+srcKey[:16])
 	tree, err := b.unpack(ctx, deb, srcDir, b.patches)
 	if err != nil {
@@ -228,6 +277,67 @@ func (b *builder) build(ctx context.Context) (*Kernel, error) {
 		return nil, err
 	}
 	return k, nil
+}
+
+// findCached returns the finished build for the cached source package, or
+// nil when there is no package or no finished build for it yet.
+func (b *builder) findCached(ctx context.Context, debDir string) (*Kernel, error) {
+	deb, err := newestDeb(debDir, b.src.Package)
+	if err != nil || deb == "" {
+		return nil, err
+	}
+	k, buildKey, err := b.kernelFor(ctx, deb)
+	if err != nil || !b.upToDate(k, buildKey) {
+		return nil, err
+	}
+	return k, nil
+}
+
+// kernelFor returns the kernel that the source package deb and the
+// options give, and its build key. It does not check that it was built.
+func (b *builder) kernelFor(ctx context.Context, deb string) (*Kernel, string, error) {
+	srcKey, err := sourceKey(deb, b.patches)
+	if err != nil {
+		return nil, "", err
+	}
+	buildKey := b.buildKey(ctx, srcKey)
+	name := "linux-" + b.opts.Version
+	if b.opts.Variant != "" {
+		name += "-" + b.opts.Variant
+	}
+	k := &Kernel{
+		Version:  b.opts.Version,
+		Variant:  b.opts.Variant,
+		BuildDir: filepath.Join(b.cacheDir, name+"-"+buildKey[:16]),
+	}
+	k.Image = filepath.Join(k.BuildDir, "arch/x86/boot/bzImage")
+	k.Log = filepath.Join(k.BuildDir, logName)
+	return k, buildKey, nil
+}
+
+// upToDate reports whether k's build directory contains a finished build
+// with buildKey, and marks k as cached if so. The stamp is written last,
+// so a build that failed or was interrupted never counts.
+func (b *builder) upToDate(k *Kernel, buildKey string) bool {
+	stamp, err := os.ReadFile(filepath.Join(k.BuildDir, stampName))
+	if err != nil || strings.TrimSpace(string(stamp)) != buildKey {
+		return false
+	}
+	if _, err := os.Stat(k.Image); err != nil {
+		return false
+	}
+	b.phase("build", "kernel %s is up to date in %s", k.Name(), k.BuildDir)
+	k.Cached = true
+	return true
+}
+
+// Name returns the version and, for a variant, the variant, as in
+// "6.1-debug".
+func (k *Kernel) Name() string {
+	if k.Variant == "" {
+		return k.Version
+	}
+	return k.Version + "-" + k.Variant
 }
 
 // lock takes an exclusive lock on the cache, so two builds do not unpack
@@ -271,6 +381,11 @@ func sourceKey(deb string, patches []string) (string, error) {
 func (b *builder) buildKey(ctx context.Context, srcKey string) string {
 	h := sha256.New()
 	fmt.Fprintf(h, "source %s\nrecipe %s\nversion %s\n", srcKey, recipe, b.opts.Version)
+	if b.opts.Variant != "" {
+		// Written only for variants, so that the keys of existing
+		// test kernel builds stay valid.
+		fmt.Fprintf(h, "variant %s\n", b.opts.Variant)
+	}
 	fmt.Fprintf(h, "fragments %d\n", len(b.fragment))
 	h.Write(b.fragment)
 	out, _ := exec.CommandContext(ctx, "gcc", "--version").Output()
@@ -306,7 +421,7 @@ func (b *builder) configure(ctx context.Context, tree string, k *Kernel) error {
 		return fmt.Errorf("parse %s: %w", f.Name(), err)
 	}
 	if err := CheckConfig(b.requests, got); err != nil {
-		return fmt.Errorf("configure kernel %s: %w (fragments: %s)", k.Version, err, frag)
+		return fmt.Errorf("configure kernel %s: %w (fragments: %s)", k.Name(), err, frag)
 	}
 	return nil
 }
@@ -315,15 +430,66 @@ func (b *builder) configure(ctx context.Context, tree string, k *Kernel) error {
 func (b *builder) makeAll(ctx context.Context, tree string, k *Kernel) error {
 	b.start("build")
 	b.phase("build", "make -j%d all in %s (log: %s)", b.opts.Jobs, k.BuildDir, k.Log)
-	if err := b.runMake(ctx, tree, k, "-j"+strconv.Itoa(b.opts.Jobs), "all"); err != nil {
+	stop := b.reportProgress(k.Log, progressInterval)
+	err := b.runMake(ctx, tree, k, "-j"+strconv.Itoa(b.opts.Jobs), "all")
+	stop()
+	if err != nil {
 		return err
 	}
 	for _, name := range []string{k.Image, filepath.Join(k.BuildDir, "Module.symvers")} {
 		if _, err := os.Stat(name); err != nil {
-			return fmt.Errorf("build kernel %s: make all succeeded but %w", k.Version, err)
+			return fmt.Errorf("build kernel %s: make all succeeded but %w", k.Name(), err)
 		}
 	}
 	return nil
+}
+
+// progressInterval is how often a running build prints a progress line.
+const progressInterval = 30 * time.Second
+
+// reportProgress prints, every interval until stop is called, how long
+// the build has run, how many files kbuild has compiled and the last one,
+// as the build log shows them.
+func (b *builder) reportProgress(log string, interval time.Duration) (stop func()) {
+	start := time.Now()
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		ticker := time.NewTicker(interval)
+		defer ticker.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ticker.C:
+			}
+			data, err := os.ReadFile(log)
+			if err != nil {
+				continue
+			}
+			count, last := compileProgress(string(data))
+			b.phase("build", "%v, %d files compiled, last %s", time.Since(start).Round(time.Second), count, last)
+		}
+	}()
+	return func() {
+		close(done)
+		<-finished
+	}
+}
+
+// compileProgress counts the CC and AS lines of a kbuild log, one per
+// compiled file, and returns the file of the last one.
+func compileProgress(log string) (int, string) {
+	count, last := 0, ""
+	for _, line := range strings.Split(log, "\n") {
+		fields := strings.Fields(line)
+		if len(fields) >= 2 && (fields[0] == "CC" || fields[0] == "AS") {
+			count++
+			last = fields[len(fields)-1]
+		}
+	}
+	return count, last
 }
 
 // runMake runs make in tree with O= and ARCH= set, appending its output to

@@ -213,3 +213,108 @@ func TestUnknownVersion(t *testing.T) {
 		t.Errorf("newBuilder(4.19) error = %v, want errUnknownVersion", err)
 	}
 }
+
+func TestVersionsSorted(t *testing.T) {
+	got := Versions()
+	want := []string{"5.10", "6.1", "6.12"}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("Versions() = %v, want %v", got, want)
+	}
+}
+
+func TestSourcesList(t *testing.T) {
+	src := Sources["5.10"]
+	got := sourcesList(src, "http://mirror.example/", true)
+	want := "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://mirror.example/debian bullseye main\n" +
+		"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://mirror.example/debian-security bullseye-security main\n"
+	if got != want {
+		t.Errorf("sourcesList(5.10) =\n%s\nwant\n%s", got, want)
+	}
+	if got := sourcesList(src, DefaultMirror, false); strings.Contains(got, "signed-by") {
+		t.Errorf("sourcesList without the keyring = %q, want no signed-by option", got)
+	}
+}
+
+func TestVariantFragments(t *testing.T) {
+	dir := t.TempDir()
+	files := map[string]string{
+		"base.config":      "CONFIG_A=y\nCONFIG_B=y\n",
+		"6.1.config":       "CONFIG_C=y\n",
+		"debug.config":     "CONFIG_D=y\nCONFIG_E=y\n",
+		"6.1/debug.config": "CONFIG_E=n\n",
+	}
+	for name, data := range files {
+		path := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	b := &builder{opts: Options{Version: "6.1", Variant: "debug", ConfigDir: dir}}
+	if err := b.readFragments(); err != nil {
+		t.Fatalf("readFragments(debug) error: %v", err)
+	}
+	want := []Setting{{"CONFIG_A", "y"}, {"CONFIG_B", "y"}, {"CONFIG_C", "y"}, {"CONFIG_D", "y"}, {"CONFIG_E", "n"}}
+	if !reflect.DeepEqual(b.requests, want) {
+		t.Errorf("requests = %v, want %v", b.requests, want)
+	}
+
+	b = &builder{opts: Options{Version: "6.1", Variant: "kcsan", ConfigDir: dir}}
+	if err := b.readFragments(); !errors.Is(err, errUnknownVariant) {
+		t.Errorf("readFragments(kcsan) error = %v, want errUnknownVariant", err)
+	}
+}
+
+func TestInvalidVariant(t *testing.T) {
+	for _, variant := range []string{"../debug", "Debug", "debug.config", "-x"} {
+		if _, err := newBuilder(Options{Version: "6.1", Variant: variant, ConfigDir: t.TempDir()}); err == nil {
+			t.Errorf("newBuilder(variant %q) error = nil, want an error", variant)
+		}
+	}
+}
+
+// TestRepositoryVariants parses every variant fragment in kernel-config
+// for every supported version.
+func TestRepositoryVariants(t *testing.T) {
+	dir := filepath.Join("..", "..", "kernel-config")
+	for _, variant := range []string{"debug", "gdb"} {
+		for _, version := range Versions() {
+			b := &builder{opts: Options{Version: version, Variant: variant, ConfigDir: dir}}
+			if err := b.readFragments(); err != nil {
+				t.Errorf("version %s, variant %s: %v", version, variant, err)
+			}
+		}
+	}
+}
+
+func TestBuildKeyChangesWithVariant(t *testing.T) {
+	if _, err := exec.LookPath("gcc"); err != nil {
+		t.Skip("gcc not installed")
+	}
+	ctx := context.Background()
+	b := &builder{opts: Options{Version: "6.1"}, fragment: []byte("CONFIG_A=y\n")}
+	plain := b.buildKey(ctx, "src")
+	b.opts.Variant = "debug"
+	if debug := b.buildKey(ctx, "src"); debug == plain {
+		t.Error("buildKey ignores the variant")
+	}
+}
+
+func TestCompileProgress(t *testing.T) {
+	log := `+ make -C /src O=/build ARCH=x86_64 -j2 all
+  SYNC    include/config/auto.conf
+  CC      scripts/mod/empty.o
+  HOSTCC  scripts/kallsyms
+  AS      arch/x86/entry/entry_64.o
+  CC [M]  /src/kmod/umhblob_main.o
+  CC      net/ipv4/tcp_timer.o
+  LD      vmlinux.o
+`
+	count, last := compileProgress(log)
+	if count != 4 || last != "net/ipv4/tcp_timer.o" {
+		t.Errorf("compileProgress = %d, %q, want 4, net/ipv4/tcp_timer.o", count, last)
+	}
+}

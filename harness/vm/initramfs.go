@@ -33,9 +33,27 @@ const (
 // that umhguest loads by default.
 const GuestModulePath = "/umhblob.ko"
 
-// baseRecipe is part of the base image's cache key. Change it whenever the
-// uimage options in buildBase change.
-const baseRecipe = "uimage busybox init+umhguest, init=init, uinit=umhguest, skip ldd, CGO_ENABLED=0 GOARCH=amd64; v1"
+// imageSpec describes one kind of initramfs: its busybox commands and
+// what init runs.
+type imageSpec struct {
+	// recipe is part of the cache key. Change it whenever the uimage
+	// options that buildImage derives from the spec change.
+	recipe     string
+	basePrefix string   // file name prefix of the image without the module
+	modPrefix  string   // file name prefix of the image with the module
+	commands   []string // Go packages built into the busybox binary
+	uinit      string   // command that init runs first; "" runs the shell
+	shell      string   // command behind /bin/sh; "" for none
+}
+
+// guestImage is the initramfs of the VM tests and the demo.
+var guestImage = imageSpec{
+	recipe:     "uimage busybox init+umhguest, init=init, uinit=umhguest, skip ldd, CGO_ENABLED=0 GOARCH=amd64; v1",
+	basePrefix: "base",
+	modPrefix:  "umhguest",
+	commands:   []string{initPackage, guestPackage},
+	uinit:      "umhguest",
+}
 
 // initramfsKeep is how many base images, and how many images with a
 // module, the cache keeps.
@@ -52,6 +70,12 @@ const initramfsKeep = 4
 // Documentation/driver-api/early-userspace/buffer-format.rst), so a
 // rebuilt module costs no Go build.
 func Initramfs(ctx context.Context, module, cacheDir string, progress io.Writer) (string, error) {
+	return buildImage(ctx, guestImage, module, cacheDir, progress)
+}
+
+// buildImage returns the initramfs that spec describes, with the module
+// appended when module is not "", building what the cache lacks.
+func buildImage(ctx context.Context, spec imageSpec, module, cacheDir string, progress io.Writer) (string, error) {
 	root, err := paths.Root()
 	if err != nil {
 		return "", err
@@ -60,12 +84,12 @@ func Initramfs(ctx context.Context, module, cacheDir string, progress io.Writer)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
-	key, err := baseKey(ctx, root)
+	key, err := baseKey(ctx, root, spec)
 	if err != nil {
 		return "", fmt.Errorf("hash initramfs inputs: %w", err)
 	}
-	base := filepath.Join(dir, "base-"+key[:16]+".cpio")
-	if err := cached(base, progress, func(tmp string) error { return buildBase(root, tmp, progress) }); err != nil {
+	base := filepath.Join(dir, spec.basePrefix+"-"+key[:16]+".cpio")
+	if err := cached(base, progress, func(tmp string) error { return buildBase(root, spec, tmp, progress) }); err != nil {
 		return "", err
 	}
 	if module == "" {
@@ -77,7 +101,7 @@ func Initramfs(ctx context.Context, module, cacheDir string, progress io.Writer)
 		return "", err
 	}
 	moduleSum := sha256.Sum256(data)
-	image := filepath.Join(dir, fmt.Sprintf("umhguest-%s-%s.cpio", key[:16], hex.EncodeToString(moduleSum[:8])))
+	image := filepath.Join(dir, fmt.Sprintf("%s-%s-%s.cpio", spec.modPrefix, key[:16], hex.EncodeToString(moduleSum[:8])))
 	err = cached(image, progress, func(tmp string) error { return appendModule(base, data, tmp) })
 	return image, err
 }
@@ -114,19 +138,24 @@ func cached(path string, progress io.Writer, build func(tmp string) error) error
 	return nil
 }
 
-// buildBase builds the base image, u-root's init and umhguest as one
+// buildBase builds the image without the module, spec's commands as one
 // busybox binary, into path.
-func buildBase(root, path string, progress io.Writer) error {
+func buildBase(root string, spec imageSpec, path string, progress io.Writer) error {
 	mods := []uimage.Modifier{
 		uimage.WithEnv(golang.DisableCGO(), golang.WithGOARCH("amd64"), golang.WithWorkingDir(root)),
 		uimage.WithCPIOOutput(path),
 		uimage.WithTempDir(filepath.Dir(path)),
 		uimage.WithInit("init"),
-		uimage.WithUinit("umhguest"),
-		uimage.WithBusyboxCommands(initPackage, guestPackage),
+		uimage.WithBusyboxCommands(spec.commands...),
 		// There are no extra files whose shared libraries ldd
 		// would have to find.
 		uimage.WithSkipLDD(),
+	}
+	if spec.uinit != "" {
+		mods = append(mods, uimage.WithUinit(spec.uinit))
+	}
+	if spec.shell != "" {
+		mods = append(mods, uimage.WithShell(spec.shell))
 	}
 	logger := llog.New(slog.LevelWarn, llog.WritePrintf(prefixWriter{progress, "vm: initramfs: "}))
 	if err := uimage.Create(logger, mods...); err != nil {
@@ -165,10 +194,10 @@ func appendModule(base string, module []byte, path string) error {
 	return f.Close()
 }
 
-// baseKey hashes every input of the base image.
-func baseKey(ctx context.Context, root string) (string, error) {
+// baseKey hashes every input of the image without the module.
+func baseKey(ctx context.Context, root string, spec imageSpec) (string, error) {
 	h := sha256.New()
-	fmt.Fprintf(h, "recipe %s\n", baseRecipe)
+	fmt.Fprintf(h, "recipe %s\n", spec.recipe)
 	goVersion, err := goOutput(ctx, root, "env", "GOVERSION")
 	if err != nil {
 		return "", err
@@ -176,7 +205,7 @@ func baseKey(ctx context.Context, root string) (string, error) {
 	fmt.Fprintf(h, "go %s\n", goVersion)
 
 	files := []string{filepath.Join(root, "go.mod"), filepath.Join(root, "go.sum")}
-	sources, err := guestSources(ctx, root)
+	sources, err := repoSources(ctx, root, spec.commands)
 	if err != nil {
 		return "", err
 	}
@@ -188,11 +217,12 @@ func baseKey(ctx context.Context, root string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// guestSources returns the non-test Go files of every package in this
+// repoSources returns the non-test Go files of every package in this
 // repository that the initramfs commands import. Packages from other
 // modules are pinned by go.sum instead.
-func guestSources(ctx context.Context, root string) ([]string, error) {
-	dirs, err := goOutput(ctx, root, "list", "-deps", "-f", "{{if .Module}}{{if .Module.Main}}{{.Dir}}{{end}}{{end}}", initPackage, guestPackage)
+func repoSources(ctx context.Context, root string, commands []string) ([]string, error) {
+	args := append([]string{"list", "-deps", "-f", "{{if .Module}}{{if .Module.Main}}{{.Dir}}{{end}}{{end}}"}, commands...)
+	dirs, err := goOutput(ctx, root, args...)
 	if err != nil {
 		return nil, err
 	}

@@ -55,6 +55,9 @@ func classify(line string) string {
 		return fatalGuestExit
 	}
 	msg := kernelTimestamp.ReplaceAllString(line, "")
+	if kind := classifyDebug(msg); kind != "" {
+		return kind
+	}
 	switch {
 	case strings.HasPrefix(msg, "Kernel panic - not syncing"):
 		return fatalPanic
@@ -85,6 +88,7 @@ func cleanLine(raw string) string {
 // monitor follows the serial console of one run and collects what the
 // verdict needs.
 type monitor struct {
+	demo      bool // a demo run, which reports only report.DemoSteps
 	steps     []report.Step
 	result    *bool  // nil until the RESULT line
 	fatal     string // "kind: line" of the first fatal line
@@ -166,7 +170,7 @@ func (m *monitor) failedSteps() []string {
 
 func (m *monitor) missingSteps() []string {
 	var missing []string
-	for _, name := range report.Steps {
+	for _, name := range report.StepsFor(m.demo) {
 		if !slices.ContainsFunc(m.steps, func(s report.Step) bool { return s.Name == name }) {
 			missing = append(missing, name)
 		}

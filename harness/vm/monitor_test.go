@@ -25,9 +25,9 @@ func TestClassify(t *testing.T) {
 		{"[    2.345678] kernel BUG at mm/slub.c:123!", fatalBug},
 		{"[    2.345678] UBSAN: array-index-out-of-bounds in kmod/umhblob.c:42:7", fatalBug},
 		{"[    2.345678] WARNING: CPU: 1 PID: 57 at kernel/usermode_driver.c:150 umd_cleanup_helper+0x12/0x40", fatalWarning},
-		{"[    2.345678] WARNING: possible recursive locking detected", fatalWarning},
+		{"[    2.345678] WARNING: possible recursive locking detected", fatalLockdep},
 		{"[   30.000000] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:", fatalStall},
-		{"[  120.000000] INFO: task umhguest:60 blocked for more than 120 seconds.", fatalStall},
+		{"[  120.000000] INFO: task umhguest:60 blocked for more than 120 seconds.", fatalHungTask},
 		{"panic: runtime error: index out of range [3] with length 3", fatalGuestExit},
 		{"fatal error: all goroutines are asleep - deadlock!", fatalGuestExit},
 		// Ordinary lines, some of which mention the same words.
@@ -202,5 +202,25 @@ func TestFeedReportsFirstFatalAndResult(t *testing.T) {
 	}
 	if _, result := m.feed(report.Result(true)); !result {
 		t.Errorf("feed(result line) reported no result")
+	}
+}
+
+func TestVerdictDemoRunNeedsOnlyDemoSteps(t *testing.T) {
+	var lines []string
+	for _, name := range report.DemoSteps {
+		lines = append(lines, report.Step{Name: name, Passed: true, Detail: "ok"}.String())
+	}
+	lines = append(lines, report.Result(true))
+
+	demo := &monitor{demo: true}
+	feedAll(demo, lines)
+	if passed, reason := demo.verdict("", nil); !passed {
+		t.Errorf("demo run verdict = fail (%s), want pass", reason)
+	}
+	test := &monitor{}
+	feedAll(test, lines)
+	passed, reason := test.verdict("", nil)
+	if want := "never ran steps " + report.FaultSteps[0]; passed || !strings.Contains(reason, want) {
+		t.Errorf("test run with only the demo steps: verdict %v (%s), want a failure containing %q", passed, reason, want)
 	}
 }

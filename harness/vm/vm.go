@@ -5,7 +5,7 @@
 // init, the guest program harness/cmd/umhguest as its uinit, and the
 // module at /umhblob.ko. It boots QEMU with
 //
-//	-m 512 -smp 2 -accel tcg -no-reboot -nic none -nographic
+//	-m 512 -smp 2 -accel tcg|kvm -no-reboot -nic none -nographic
 //	-append "console=ttyS0 panic=-1 oops=panic panic_on_warn=1"
 //
 // and reads the serial console line by line. A run passes only when the
@@ -13,17 +13,33 @@
 // and QEMU then exits by itself. QEMU's exit status alone proves nothing:
 // with panic=-1 and -no-reboot a kernel panic also exits with status 0.
 //
+// The accelerator is auto by default: a short probe boots the kernel
+// under KVM without an initramfs, and the run uses KVM only if that guest
+// finished booting within the probe's bound (see DefaultKVMProbeTimeout).
+// Nested KVM that hangs a guest, a missing /dev/kvm or one without access
+// rights all lead to TCG.
+//
 // A run fails as soon as the console shows a kernel panic, oops, BUG,
-// WARNING or stall, or the guest program crashes. QEMU is killed a few
-// seconds later if it has not exited by then. A run also fails when the console is
-// silent for too long, when the whole run takes too long, or when QEMU
-// exits without a result line. The serial log of a failed run is kept in
-// a file, and Result.SerialLog is its path.
+// WARNING or stall, a report from a debug kernel (KASAN, lockdep,
+// sleeping in atomic context, a hung task, kmemleak), or the guest
+// program crashes. QEMU is killed a few seconds later if it has not
+// exited by then. A run also fails when the console is silent for too
+// long, when the whole run takes too long, or when QEMU exits without a
+// result line. The serial log of a failed run is kept in a file, and
+// Result.SerialLog is its path.
+//
+// Progress shows the initramfs, the accelerator and why it was chosen,
+// and the QEMU command line, which replays the run by hand with the serial
+// console on the terminal. The last line gives the time of each phase.
 //
 // Environment variables:
 //
-//	UMHBLOB_ACCEL        QEMU accelerator: tcg (default) or kvm
+//	UMHBLOB_ACCEL        QEMU accelerator: auto (default), kvm or tcg
+//	UMHBLOB_KVM_PROBE_TIMEOUT
+//	                     bound of the KVM probe, a Go duration (default 5s)
 //	UMHBLOB_QEMU         QEMU binary (default qemu-system-x86_64)
+//	UMHBLOB_VM_MEMORY    guest memory in MiB (default 512; a KASAN and
+//	                     lockdep kernel needs 1024 or more)
 //	UMHBLOB_CACHE        cache directory for initramfs images
 //	                     (default ${XDG_CACHE_HOME:-$HOME/.cache}/umhblob)
 //	VMTEST_QEMU_APPEND   extra QEMU arguments, added by package vmtest/qemu
@@ -43,6 +59,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -68,10 +85,16 @@ type Config struct {
 	Module string // umhblob.ko to test; "" boots without it, so insmod fails
 	Demo   bool   // run the guest in demo mode, which prints a transcript
 
-	Accel     string // "tcg" or "kvm"; "" means $UMHBLOB_ACCEL, or tcg
+	Accel     string // "auto", "kvm" or "tcg"; "" means $UMHBLOB_ACCEL, or auto
 	QEMU      string // QEMU binary; "" means $UMHBLOB_QEMU, or qemu-system-x86_64
-	MemoryMiB int    // guest memory; 0 means DefaultMemoryMiB
+	MemoryMiB int    // guest memory; 0 means $UMHBLOB_VM_MEMORY, or DefaultMemoryMiB
 	CPUs      int    // guest CPUs; 0 means DefaultCPUs
+
+	// KVMProbeTimeout bounds the probe that Accel "auto" runs; 0 means
+	// $UMHBLOB_KVM_PROBE_TIMEOUT, or DefaultKVMProbeTimeout.
+	KVMProbeTimeout time.Duration
+	// KernelArgs are added to the kernel command line.
+	KernelArgs []string
 
 	Timeout time.Duration // whole run; 0 means DefaultTimeout
 	Silence time.Duration // maximum time without a serial line; 0 means DefaultSilence
@@ -94,10 +117,13 @@ type Result struct {
 	Reason    string        // failure message, or "all steps passed"
 	Steps     []report.Step // the guest's steps, in order
 	Accel     string        // the accelerator QEMU ran with
+	AccelWhy  string        // why: "requested", or the probe's decision
 	Cmdline   string        // the QEMU command line, quoted for a shell
 	SerialLog string        // the serial log, kept only when the run failed
 	Boot      time.Duration // from starting QEMU to the guest's first report line
 	Duration  time.Duration // from starting QEMU to its exit
+
+	resultAt time.Duration // from starting QEMU to the result line, or 0
 }
 
 // Run builds the initramfs and boots the guest. The error is non-nil only
@@ -107,11 +133,43 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
+	var phases phaseTimer
+	phases.start("initramfs")
 	initrd, err := Initramfs(ctx, cfg.Module, cfg.CacheDir, cfg.Progress)
 	if err != nil {
 		return nil, err
 	}
-	return boot(ctx, cfg, initrd)
+	phases.start("accel")
+	accel, why, err := chooseAccel(ctx, &cfg)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Accel = accel
+	phases.stop()
+	fmt.Fprintf(cfg.Progress, "vm: accelerator %s (%s)\n", accel, why)
+
+	res, err := boot(ctx, cfg, initrd)
+	if err != nil {
+		return nil, err
+	}
+	res.AccelWhy = why
+	switch {
+	case res.Boot == 0:
+		phases.add("qemu", res.Duration) // the guest program never started
+	case res.resultAt == 0:
+		phases.add("boot", res.Boot)
+		phases.add("guest", res.Duration-res.Boot)
+	default:
+		phases.add("boot", res.Boot)
+		phases.add("guest", res.resultAt-res.Boot)
+		phases.add("exit", res.Duration-res.resultAt)
+	}
+	verdict := "passed"
+	if !res.Passed {
+		verdict = "failed"
+	}
+	fmt.Fprintf(cfg.Progress, "vm: %s with %s in %s\n", verdict, res.Accel, phases.summary())
+	return res, nil
 }
 
 func (cfg *Config) setDefaults() error {
@@ -131,13 +189,26 @@ func (cfg *Config) setDefaults() error {
 		}
 		*path = abs
 	}
-	cfg.Accel = cmp.Or(cfg.Accel, os.Getenv("UMHBLOB_ACCEL"), "tcg")
-	if cfg.Accel != "tcg" && cfg.Accel != "kvm" {
-		return fmt.Errorf("invalid accelerator %q: want tcg or kvm", cfg.Accel)
+	cfg.Accel = cmp.Or(cfg.Accel, os.Getenv("UMHBLOB_ACCEL"), AccelAuto)
+	if cfg.Accel != AccelAuto && cfg.Accel != AccelTCG && cfg.Accel != AccelKVM {
+		return fmt.Errorf("invalid accelerator %q (UMHBLOB_ACCEL): want auto, kvm or tcg", cfg.Accel)
+	}
+	if cfg.KVMProbeTimeout == 0 {
+		d, err := envDuration("UMHBLOB_KVM_PROBE_TIMEOUT", DefaultKVMProbeTimeout)
+		if err != nil {
+			return err
+		}
+		cfg.KVMProbeTimeout = d
+	}
+	if cfg.MemoryMiB == 0 {
+		n, err := envInt("UMHBLOB_VM_MEMORY", DefaultMemoryMiB)
+		if err != nil {
+			return err
+		}
+		cfg.MemoryMiB = n
 	}
 
 	cfg.QEMU = cmp.Or(cfg.QEMU, os.Getenv("UMHBLOB_QEMU"), "qemu-system-x86_64")
-	cfg.MemoryMiB = cmp.Or(cfg.MemoryMiB, DefaultMemoryMiB)
 	cfg.CPUs = cmp.Or(cfg.CPUs, DefaultCPUs)
 	cfg.Timeout = cmp.Or(cfg.Timeout, DefaultTimeout)
 	cfg.Silence = cmp.Or(cfg.Silence, DefaultSilence)
@@ -162,9 +233,10 @@ func (cfg *Config) setDefaults() error {
 // add itself.
 func (cfg *Config) qemuCommand() string {
 	args := []string{cfg.QEMU, "-m", fmt.Sprint(cfg.MemoryMiB), "-smp", fmt.Sprint(cfg.CPUs), "-accel", cfg.Accel}
-	if cfg.Accel == "kvm" {
-		// NOTE: no run has used -accel kvm yet; every VM test so far
-		// ran under TCG.
+	if cfg.Accel == AccelKVM {
+		// NOTE: only the KVM probe has run with -accel kvm so far. The
+		// test VMs ran under TCG because nested KVM hangs a guest on
+		// the machines they ran on.
 		args = append(args, "-cpu", "host")
 	}
 	// -no-reboot turns the guest's final restart into a QEMU exit, and
@@ -182,7 +254,7 @@ func (cfg *Config) kernelArgs() []string {
 	if cfg.Demo {
 		args = append(args, "umhguest.mode=demo")
 	}
-	return args
+	return append(args, cfg.KernelArgs...)
 }
 
 func boot(ctx context.Context, cfg Config, initrd string) (*Result, error) {
@@ -207,16 +279,19 @@ func boot(ctx context.Context, cfg Config, initrd string) (*Result, error) {
 		return nil, fmt.Errorf("start QEMU: %w", err)
 	}
 	res := &Result{Accel: cfg.Accel, Cmdline: vm.CmdlineQuoted()}
-	fmt.Fprintf(cfg.Progress, "vm: accelerator %s\n", res.Accel)
+	fmt.Fprintf(cfg.Progress, "vm: serial log %s (kept if the run fails)\n", logFile.Name())
 	fmt.Fprintf(cfg.Progress, "vm: %s\n", res.Cmdline)
 
 	waitErr := make(chan error, 1)
 	go func() { waitErr <- vm.Wait() }()
 
-	m := &monitor{}
+	m := &monitor{demo: cfg.Demo}
 	onLine := func(line string) {
 		if res.Boot == 0 && strings.HasPrefix(line, report.Prefix) {
 			res.Boot = time.Since(start)
+		}
+		if res.resultAt == 0 && strings.HasPrefix(line, report.Prefix+"RESULT ") {
+			res.resultAt = time.Since(start)
 		}
 		cfg.OnLine(line)
 	}
@@ -245,4 +320,32 @@ func boot(ctx context.Context, cfg Config, initrd string) (*Result, error) {
 		res.SerialLog = logFile.Name()
 	}
 	return res, nil
+}
+
+// envDuration returns the Go duration in the environment variable name,
+// or def when it is unset.
+func envDuration(name string, def time.Duration) (time.Duration, error) {
+	s := os.Getenv(name)
+	if s == "" {
+		return def, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("invalid %s %q: want a positive Go duration such as 10s", name, s)
+	}
+	return d, nil
+}
+
+// envInt returns the positive integer in the environment variable name,
+// or def when it is unset.
+func envInt(name string, def int) (int, error) {
+	s := os.Getenv(name)
+	if s == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("invalid %s %q: want a positive integer", name, s)
+	}
+	return n, nil
 }

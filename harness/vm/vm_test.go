@@ -158,3 +158,29 @@ func (w logWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
 }
+
+// TestVMKVMProbe runs the real KVM probe with UMHBLOB_KERNEL and checks
+// that it decides within its bound. Which accelerator it picks depends on
+// the host; the test logs the decision and the time it took.
+func TestVMKVMProbe(t *testing.T) {
+	kernel := kernelT(t)
+	cfg := vm.Config{Kernel: kernel, Accel: vm.AccelAuto, KVMProbeTimeout: vm.DefaultKVMProbeTimeout}
+
+	start := time.Now()
+	accel, why, err := vm.ChooseAccel(context.Background(), cfg)
+	elapsed := time.Since(start)
+	if err != nil {
+		t.Fatalf("ChooseAccel: %v", err)
+	}
+	t.Logf("accelerator %s after %v: %s", accel, elapsed.Round(time.Millisecond), why)
+	if accel != vm.AccelKVM && accel != vm.AccelTCG {
+		t.Errorf("ChooseAccel = %q, want kvm or tcg", accel)
+	}
+	// The probe may wait up to 5 s more for a killed QEMU's output.
+	if limit := cfg.KVMProbeTimeout + 6*time.Second; elapsed > limit {
+		t.Errorf("probe took %v, want at most %v", elapsed, limit)
+	}
+	if _, err := os.Stat("/dev/kvm"); err != nil && accel != vm.AccelTCG {
+		t.Errorf("ChooseAccel = %s without /dev/kvm, want tcg", accel)
+	}
+}

@@ -10,7 +10,8 @@
 //
 //	-kernel   bzImage to boot (default $UMHBLOB_KERNEL)
 //	-module   umhblob.ko to load in the guest (default $UMHBLOB_MODULE)
-//	-accel    QEMU accelerator, tcg or kvm (default $UMHBLOB_ACCEL, or tcg)
+//	-accel    QEMU accelerator: auto, kvm or tcg (default $UMHBLOB_ACCEL, or
+//	          auto, which probes KVM and falls back to TCG)
 //	-timeout  limit for the whole run (default 5m)
 //	-v        print every serial console line, not only the transcript
 //
@@ -46,7 +47,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.SetOutput(stdout)
 	kernel := fs.String("kernel", os.Getenv("UMHBLOB_KERNEL"), "bzImage `path` to boot")
 	module := fs.String("module", os.Getenv("UMHBLOB_MODULE"), "umhblob.ko `path` to load in the guest")
-	accel := fs.String("accel", "", "QEMU accelerator, tcg or kvm (default $UMHBLOB_ACCEL, or tcg)")
+	accel := fs.String("accel", "", "QEMU accelerator: auto, kvm or tcg (default $UMHBLOB_ACCEL, or auto)")
 	timeout := fs.Duration("timeout", vm.DefaultTimeout, "limit for the whole run")
 	verbose := fs.Bool("v", false, "print every serial console line")
 	if err := fs.Parse(args); err != nil {
