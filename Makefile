@@ -27,12 +27,15 @@ FUZZ_TIME ?= 30
 HELPER := $(OUT)/umhblob_helper
 MODULE := kmod/umhblob.ko
 KDIR_FILE := $(OUT)/kdir-$(KERNEL)$(if $(VARIANT),-$(VARIANT))
-BZIMAGE = "$$(cat $(KDIR_FILE))/arch/x86/boot/bzImage"
+# bzImage the VM boots. Empty means arch/x86/boot/bzImage in the kernel
+# build directory.
+KERNEL_IMAGE ?=
+BZIMAGE = "$(if $(KERNEL_IMAGE),$(abspath $(KERNEL_IMAGE)),$$(cat $(KDIR_FILE))/arch/x86/boot/bzImage)"
 
 # Debian packages that `make demo` and `make test` install when missing.
 # libclang-rt-14-dev holds libFuzzer and the sanitizer runtimes; it is
 # only a Recommends of clang. llvm gives llvm-symbolizer for traces.
-DEB_PACKAGES := bc bison build-essential clang cpio dwarves flex kmod \
+DEB_PACKAGES := bc bison build-essential clang cpio dwarves flex gdb kmod \
 	libclang-rt-14-dev libelf-dev libssl-dev llvm patch perl \
 	qemu-system-x86 xz-utils
 
@@ -120,12 +123,18 @@ test: deps
 test-all: deps
 	$(MAKE) check
 	$(MAKE) unit
-	set -e; for k in $(KERNELS); do $(MAKE) vmtest KERNEL=$$k; done
+	@failed=; for k in $(KERNELS); do \
+		$(MAKE) vmtest KERNEL=$$k || failed="$$failed $$k"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "test-all: failed on$$failed"; exit 1; fi
 
 # The VM suite on the debug kernel; any KASAN, lockdep, kmemleak or
 # might_sleep report fails it.
+# KASAN and lockdep need more memory, and slow TCG down several times.
 test-debug: deps
-	$(MAKE) vmtest VARIANT=debug
+	UMHBLOB_VM_MEMORY=$${UMHBLOB_VM_MEMORY:-1024} \
+	UMHBLOB_VM_TIMEOUT=$${UMHBLOB_VM_TIMEOUT:-30m} \
+		$(MAKE) vmtest VARIANT=debug
 
 # An interactive shell in the guest, with the module at /umhblob.ko.
 vm: deps
