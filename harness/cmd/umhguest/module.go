@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -167,6 +168,48 @@ func waitState(pid int, state string, timeout time.Duration) error {
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+// waitThreadsStopped waits up to timeout until every thread of process pid
+// is stopped. The leader can show T while another thread, woken from a
+// pipe read by the stop signal, still runs: if data arrived meanwhile, it
+// reads some before it stops.
+func waitThreadsStopped(pid int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		running, err := runningThreads(pid)
+		if err != nil {
+			return err
+		}
+		if len(running) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("threads %v of process %d are not stopped %v after SIGSTOP", running, pid, timeout)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// runningThreads returns the thread ids of process pid whose state is not
+// T (stopped).
+func runningThreads(pid int) ([]string, error) {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var running []string
+	for _, task := range tasks {
+		status, err := os.ReadFile(filepath.Join(dir, task.Name(), "status"))
+		if err != nil {
+			return nil, err
+		}
+		if !strings.Contains(string(status), "\nState:\tT") {
+			running = append(running, task.Name())
+		}
+	}
+	return running, nil
 }
 
 // findKernelThreads returns the pids of kernel threads whose name starts
