@@ -58,6 +58,8 @@ struct umhb_proc {
 	struct task_struct *reader;
 	struct task_struct *writer;
 	wait_queue_head_t writer_wait;
+	struct wait_queue_entry exit_wait;	/* on tgid->wait_pidfd */
+	struct work_struct exit_work;
 
 	spinlock_t lock;	/* protects the fields below */
 	struct list_head inflight;
@@ -334,7 +336,8 @@ static int umhb_read_reply(struct umhb_proc *p)
 		umhb_complete(p, req, -ECONNRESET, NULL, 0);
 		pr_err_ratelimited("helper %d sent %zd of %u payload bytes\n",
 				   p->pid, n, hdr.length);
-		return n < 0 ? n : -EPROTO;
+		/* A short read ends at end of file: the helper exited. */
+		return n < 0 ? n : -ECONNRESET;
 	}
 
 	umhb_complete(p, req, 0, frame, sizeof(raw) + hdr.length);
@@ -645,6 +648,43 @@ out:
 	return err;
 }
 
+static void umhb_exit_work_fn(struct work_struct *work)
+{
+	umhb_proc_fail(container_of(work, struct umhb_proc, exit_work),
+		       -ECONNRESET);
+}
+
+/*
+ * Runs at every wake-up of the helper's pidfd wait queue, in atomic
+ * context. The exit is noticed here even when the helper's stdout gives
+ * no end of file, because another process holds a write end of it.
+ */
+static int umhb_exit_wake(struct wait_queue_entry *wait, unsigned int mode,
+			  int sync, void *key)
+{
+	struct umhb_proc *p = container_of(wait, struct umhb_proc, exit_wait);
+
+	if (umhb_helper_exited(p->tgid))
+		schedule_work(&p->exit_work);
+	return 0;
+}
+
+static void umhb_watch_exit(struct umhb_proc *p)
+{
+	INIT_WORK(&p->exit_work, umhb_exit_work_fn);
+	init_waitqueue_func_entry(&p->exit_wait, umhb_exit_wake);
+	add_wait_queue(&p->tgid->wait_pidfd, &p->exit_wait);
+	/* An exit before the entry was added woke nobody. */
+	if (umhb_helper_exited(p->tgid))
+		schedule_work(&p->exit_work);
+}
+
+static void umhb_unwatch_exit(struct umhb_proc *p)
+{
+	remove_wait_queue(&p->tgid->wait_pidfd, &p->exit_wait);
+	cancel_work_sync(&p->exit_work);
+}
+
 static struct umhb_proc *umhb_proc_create(struct umhb_umh_info *info)
 {
 	struct umhb_proc *p;
@@ -663,6 +703,7 @@ static struct umhb_proc *umhb_proc_create(struct umhb_umh_info *info)
 	p->tgid = info->tgid;
 	p->pid = pid_nr(info->tgid);
 	p->max_payload = UMHB_MAX_PAYLOAD;
+	umhb_watch_exit(p);
 	return p;
 }
 
@@ -718,6 +759,7 @@ static void umhb_proc_teardown(struct umhb_proc *p)
 {
 	umhb_proc_fail(p, -ESHUTDOWN);
 	umhb_wait_exited(p);
+	umhb_unwatch_exit(p);
 	umhb_thread_stop(p->reader);
 	umhb_thread_stop(p->writer);
 	umhb_drain_sendq(p);
