@@ -183,7 +183,10 @@ func (g *guest) runFault(f fault) (string, error) {
 		return "", err
 	}
 	if f.timeout > 0 {
-		restore, err := setParam("request_timeout_ms", strconv.FormatInt(f.timeout.Milliseconds(), 10))
+		// A slow kernel (KASAN, TCG) also slows a healthy new helper,
+		// which a lowered timeout must not take for a stopped one.
+		lowered := g.scale(f.timeout)
+		restore, err := setParam("request_timeout_ms", strconv.FormatInt(lowered.Milliseconds(), 10))
 		if err != nil {
 			return "", err
 		}
