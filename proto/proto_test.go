@@ -1,7 +1,6 @@
 package proto
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/hex"
 	"errors"
@@ -16,53 +15,9 @@ import (
 	"syscall"
 	"testing"
 	"testing/iotest"
+
+	"github.com/umhblob/umhblob/internal/prototest"
 )
-
-// vector is one line of testdata/vectors.txt.
-type vector struct {
-	name     string
-	check    string // "header", "request" or "reply:N"
-	expected string // "ok" or an errno name
-	frame    []byte
-}
-
-func readVectorsT(t testing.TB) []vector {
-	t.Helper()
-
-	f, err := os.Open("testdata/vectors.txt")
-	if err != nil {
-		t.Fatalf("open vectors: %v", err)
-	}
-	defer f.Close()
-
-	var vectors []vector
-	scanner := bufio.NewScanner(f)
-	for line := 1; scanner.Scan(); line++ {
-		text := strings.TrimSpace(scanner.Text())
-		if text == "" || strings.HasPrefix(text, "#") {
-			continue
-		}
-		fields := strings.Fields(text)
-		if len(fields) != 4 {
-			t.Fatalf("vectors.txt:%d: %d fields, want 4", line, len(fields))
-		}
-		v := vector{name: fields[0], check: fields[1], expected: fields[2]}
-		if fields[3] != "-" {
-			v.frame, err = hex.DecodeString(fields[3])
-			if err != nil {
-				t.Fatalf("vectors.txt:%d: invalid hex: %v", line, err)
-			}
-		}
-		vectors = append(vectors, v)
-	}
-	if err := scanner.Err(); err != nil {
-		t.Fatalf("read vectors: %v", err)
-	}
-	if len(vectors) == 0 {
-		t.Fatal("no vectors in testdata/vectors.txt")
-	}
-	return vectors
-}
 
 // errnos maps the errno names that vectors.txt uses.
 var errnos = map[string]syscall.Errno{
@@ -101,21 +56,21 @@ func runCheckT(t testing.TB, check string, frame []byte) error {
 }
 
 func TestVectors(t *testing.T) {
-	for _, v := range readVectorsT(t) {
-		t.Run(v.name, func(t *testing.T) {
-			err := runCheckT(t, v.check, v.frame)
-			if v.expected == "ok" {
+	for _, v := range prototest.ReadVectorsT(t) {
+		t.Run(v.Name, func(t *testing.T) {
+			err := runCheckT(t, v.Check, v.Frame)
+			if v.Expected == "ok" {
 				if err != nil {
-					t.Errorf("%s check = %v, want ok", v.check, err)
+					t.Errorf("%s check = %v, want ok", v.Check, err)
 				}
 				return
 			}
-			want, ok := errnos[v.expected]
+			want, ok := errnos[v.Expected]
 			if !ok {
-				t.Fatalf("unknown errno name %q", v.expected)
+				t.Fatalf("unknown errno name %q", v.Expected)
 			}
 			if !errors.Is(err, want) {
-				t.Errorf("%s check = %v, want %s", v.check, err, v.expected)
+				t.Errorf("%s check = %v, want %s", v.Check, err, v.Expected)
 			}
 		})
 	}

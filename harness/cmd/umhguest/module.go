@@ -154,22 +154,6 @@ func processState(pid int) string {
 	return p.State
 }
 
-// waitState waits up to timeout for process pid to reach state, such as T
-// for stopped.
-func waitState(pid int, state string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		got := processState(pid)
-		if got == state {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("process %d is in state %q after %v, want %s", pid, got, timeout, state)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 // waitThreadsStopped waits up to timeout until every thread of process pid
 // is stopped. The leader can show T while another thread, woken from a
 // pipe read by the stop signal, still runs: if data arrived meanwhile, it
