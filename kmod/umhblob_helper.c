@@ -465,7 +465,7 @@ static int umhb_submit(struct umhb_proc *p, struct umhb_request *req)
  * helper, because a helper that misses a deadline cannot be trusted to
  * reply to later ones. A caller interrupted by a signal leaves its request
  * marked abandoned, so its late reply is dropped instead of being read as
- * the answer to some later request.
+ * the reply to some later request.
  */
 static int umhb_wait(struct umhb_proc *p, struct umhb_request *req,
 		     unsigned long deadline)
@@ -657,7 +657,7 @@ static void umhb_exit_work_fn(struct work_struct *work)
 /*
  * Runs at every wake-up of the helper's pidfd wait queue, in atomic
  * context. The exit is noticed here even when the helper's stdout gives
- * no end of file, because another process holds a write end of it.
+ * no end of file, because another process has a write end of it open.
  */
 static int umhb_exit_wake(struct wait_queue_entry *wait, unsigned int mode,
 			  int sync, void *key)
@@ -674,7 +674,7 @@ static void umhb_watch_exit(struct umhb_proc *p)
 	INIT_WORK(&p->exit_work, umhb_exit_work_fn);
 	init_waitqueue_func_entry(&p->exit_wait, umhb_exit_wake);
 	add_wait_queue(&p->tgid->wait_pidfd, &p->exit_wait);
-	/* An exit before the entry was added woke nobody. */
+	/* An exit before the entry was added woke no waiter. */
 	if (umhb_helper_exited(p->tgid))
 		schedule_work(&p->exit_work);
 }

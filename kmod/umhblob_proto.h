@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * The umhblob wire protocol, as the module sees it.
+ * The umhblob wire protocol, as the module implements it.
  *
  * Every message on the helper's pipes, and every request written to
  * /dev/umhblob, is one frame: a 24-byte header followed by "length" bytes

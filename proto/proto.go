@@ -137,7 +137,7 @@ func CheckRequest(h Header, frameLen int) error {
 	return nil
 }
 
-// CheckReply checks a reply against the type of the request it answers.
+// CheckReply checks a reply against the type of its request.
 func CheckReply(h Header, requestType Type) error {
 	if h.Type != requestType|TypeReply {
 		return fmt.Errorf("%w: type %v for a %v request", ErrReplyInvalid, h.Type, requestType)
